@@ -1,7 +1,9 @@
 //! Logs: logfmt (default) or JSON, one line per event, UTC timestamps.
 //!
-//! `--log.level` applies to this crate. Dependencies are capped at `warn`: at debug level
-//! reqwest prints request URLs, and ours carry the activation key in the query string.
+//! `--log.level` applies to this crate. Dependencies are capped at `warn`: their debug and
+//! trace output is noise to an operator, and it is not reviewed for secrets (our request
+//! URLs carry the activation key in the query string; reqwest's verbose connection
+//! tracing prints raw request bytes).
 
 use std::fmt::{self, Write as _};
 

@@ -357,13 +357,29 @@ struct Requests(u32);
 
 impl<'de> Deserialize<'de> for Requests {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = u32::deserialize(d)?;
-        if n == 0 {
-            return Err(de::Error::custom(
-                "must be at least 1 (a limit of zero requests could never poll)",
-            ));
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Requests;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number of requests, at least 1")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Requests, E> {
+                match u32::try_from(n) {
+                    Ok(0) => Err(E::custom(
+                        "must be at least 1 (a limit of zero requests could never poll)",
+                    )),
+                    Ok(n) => Ok(Requests(n)),
+                    Err(_) => Err(E::custom(format!("{n} is too large"))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Requests, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!("must be at least 1, not {n}"))),
+                }
+            }
         }
-        Ok(Requests(n))
+        d.deserialize_any(V)
     }
 }
 

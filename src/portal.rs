@@ -288,7 +288,7 @@ impl PortalClient {
     ) -> Result<Parsed, PortalError> {
         self.fetch_license_inner(key, product_id)
             .await
-            .map_err(|e| redact_error(e, &[key.clone()]))
+            .map_err(|e| redact_error(e, std::slice::from_ref(key)))
     }
 
     async fn fetch_license_inner(

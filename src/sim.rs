@@ -388,8 +388,7 @@ async fn handle(
             ));
         }
     };
-    let query: HashMap<String, String> =
-        req.uri().query().map(|q| url_pairs(q)).unwrap_or_default();
+    let query: HashMap<String, String> = req.uri().query().map(url_pairs).unwrap_or_default();
     let bearer = req
         .headers()
         .get("authorization")
@@ -402,7 +401,7 @@ async fn handle(
     };
 
     // Decide under the lock; wait (hang, delay) outside it.
-    let (fault, response, log_index) = {
+    let (fault, response) = {
         let mut st = state.lock().expect("sim lock");
         let client = match endpoint {
             Endpoint::Token => serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
@@ -463,9 +462,8 @@ async fn handle(
             activation_key,
             status: response.as_ref().map_or(0, |r| r.status().as_u16()),
         });
-        (fault, response, st.log.len() - 1)
+        (fault, response)
     };
-    let _ = log_index;
     match (fault, response) {
         (Some(Fault::Hang), _) | (_, None) => {
             std::future::pending::<()>().await;

@@ -53,9 +53,15 @@ async fn canary_never_leaves() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let mut sc = SimConfig::default();
-    sc.clients.insert(format!("{CANARY}-client-id"), format!("{CANARY}-client-secret"));
+    sc.clients.insert(
+        format!("{CANARY}-client-id"),
+        format!("{CANARY}-client-secret"),
+    );
     for i in 0..6 {
-        sc.licenses.insert((key(&format!("{CANARY}-ok"), i), 1), license_data("2027-06-30", &[("d", 1)]));
+        sc.licenses.insert(
+            (key(&format!("{CANARY}-ok"), i), 1),
+            license_data("2027-06-30", &[("d", 1)]),
+        );
     }
     let sim = sim(sc).await;
     let ok_key = key(&format!("{CANARY}-ok"), 0);
@@ -64,11 +70,17 @@ async fn canary_never_leaves() {
         &key(&format!("{CANARY}-ok"), 1),
         Fault::Status {
             status: 400,
-            body: format!(r#"{{"success":false,"error":{{"message":"bad activation_key {}"}}}}"#, key(&format!("{CANARY}-ok"), 1)),
+            body: format!(
+                r#"{{"success":false,"error":{{"message":"bad activation_key {}"}}}}"#,
+                key(&format!("{CANARY}-ok"), 1)
+            ),
             headers: vec![],
         },
     );
-    sim.push_key_fault(&key(&format!("{CANARY}-ok"), 2), Fault::ok_body("<html>502 Bad Gateway</html>"));
+    sim.push_key_fault(
+        &key(&format!("{CANARY}-ok"), 2),
+        Fault::ok_body("<html>502 Bad Gateway</html>"),
+    );
     sim.push_key_fault(&key(&format!("{CANARY}-ok"), 3), Fault::Hang);
     sim.push_key_fault(&key(&format!("{CANARY}-ok"), 4), Fault::status(500));
     sim.push_key_fault(&key(&format!("{CANARY}-ok"), 5), Fault::RevokeTokens);
@@ -83,7 +95,10 @@ async fn canary_never_leaves() {
     let refused = canary_account("refused", &closed_url, 1);
     let mut rejected = canary_account("rejected", &sim.base_url(), 1);
     rejected.client_secret = Secret::new(format!("{CANARY}-wrong-secret"));
-    let cfg = config(vec![good, unknown, refused, rejected], Duration::from_secs(600));
+    let cfg = config(
+        vec![good, unknown, refused, rejected],
+        Duration::from_secs(600),
+    );
 
     let mut rig = rig(&cfg, Clock::tokio_anchored(now()));
     let mut errors = Vec::new();
@@ -99,27 +114,56 @@ async fn canary_never_leaves() {
     assert!(log.iter().any(|s| s.status == 404));
     assert!(log.iter().any(|s| s.status == 400));
     assert!(log.iter().any(|s| s.status == 0), "no hang");
-    assert!(log.iter().any(|s| s.endpoint == Some(Endpoint::Token) && s.status == 401));
-    assert!(rig.metrics.telemetry.request_count("refused", Endpoint::Token, "transport") > 0);
-    assert!(rig.metrics.telemetry.request_count("ok", Endpoint::License, "timeout") > 0);
+    assert!(
+        log.iter()
+            .any(|s| s.endpoint == Some(Endpoint::Token) && s.status == 401)
+    );
+    assert!(
+        rig.metrics
+            .telemetry
+            .request_count("refused", Endpoint::Token, "transport")
+            > 0
+    );
+    assert!(
+        rig.metrics
+            .telemetry
+            .request_count("ok", Endpoint::License, "timeout")
+            > 0
+    );
     assert!(errors.len() >= 6, "{errors:?}");
-    assert!(log.iter().any(|s| s.activation_key.as_deref() == Some(ok_key.as_str()) && s.status == 200));
+    assert!(
+        log.iter()
+            .any(|s| s.activation_key.as_deref() == Some(ok_key.as_str()) && s.status == 200)
+    );
 
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("licence poll failed"), "no logs captured:\n{logs}");
+    assert!(
+        logs.contains("licence poll failed"),
+        "no logs captured:\n{logs}"
+    );
     assert!(logs.lines().count() > 10);
     let metrics = rig.metrics.render();
     let last_errors: String = rig.store.read(|i| {
-        i.licenses.values().filter_map(|e| e.poll.last_error.clone()).collect::<Vec<_>>().join("\n")
+        i.licenses
+            .values()
+            .filter_map(|e| e.poll.last_error.clone())
+            .collect::<Vec<_>>()
+            .join("\n")
     });
     let errors_text = errors.join("\n");
-    assert!(errors_text.contains("bad activation_key ****"), "{errors_text}");
+    assert!(
+        errors_text.contains("bad activation_key ****"),
+        "{errors_text}"
+    );
     for (what, text) in [
         ("logs", &logs),
         ("metrics", &metrics),
         ("errors", &errors_text),
         ("store", &last_errors),
     ] {
-        assert!(!text.contains(CANARY), "the canary leaked into {what}:\n{text}");
+        assert!(
+            !text.contains(CANARY),
+            "the canary leaked into {what}:\n{text}"
+        );
     }
 }

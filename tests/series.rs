@@ -14,44 +14,83 @@ const HOUR: Duration = Duration::from_secs(3600);
 #[tokio::test(start_paused = true)]
 async fn a_vanished_deployment_loses_its_series_on_the_next_poll() {
     let sim = sim(sim_config(&[("id", "s", "A", 1)])).await;
-    sim.set_license(&key("A", 0), 1, Some(license_data("2027-06-30", &[("old-host", 1), ("new-host", 1)])));
-    let cfg = config(vec![account("acme", ("id", "s"), &sim.base_url(), "A", 1)], HOUR);
+    sim.set_license(
+        &key("A", 0),
+        1,
+        Some(license_data(
+            "2027-06-30",
+            &[("old-host", 1), ("new-host", 1)],
+        )),
+    );
+    let cfg = config(
+        vec![account("acme", ("id", "s"), &sim.base_url(), "A", 1)],
+        HOUR,
+    );
     let mut rig = rig(&cfg, Clock::tokio_anchored(now()));
     rig.workers[0].poll_all_once().await;
     let before = rig.metrics.render();
     assert!(before.contains(r#"deployment_id="old-host""#));
-    assert!(before.contains(r#"opswat_license_deployments{account="acme",license="lic-0000",product_id="1"} 2"#));
+    assert!(before.contains(
+        r#"opswat_license_deployments{account="acme",license="lic-0000",product_id="1"} 2"#
+    ));
 
     // The machine was rebuilt: only the new fingerprint is left.
-    sim.set_license(&key("A", 0), 1, Some(license_data("2027-06-30", &[("new-host", 1)])));
+    sim.set_license(
+        &key("A", 0),
+        1,
+        Some(license_data("2027-06-30", &[("new-host", 1)])),
+    );
     rig.workers[0].poll_all_once().await;
     let after = rig.metrics.render();
     assert!(!after.contains("old-host"), "{after}");
     assert!(after.contains(r#"deployment_id="new-host""#));
-    assert!(after.contains(r#"opswat_license_deployments{account="acme",license="lic-0000",product_id="1"} 1"#));
+    assert!(after.contains(
+        r#"opswat_license_deployments{account="acme",license="lic-0000",product_id="1"} 1"#
+    ));
 }
 
 #[tokio::test(start_paused = true)]
 async fn reload_drops_removed_licences_and_keeps_the_rest() {
     let sim = sim(sim_config(&[("id", "s", "A", 3)])).await;
-    let three = config(vec![account("acme", ("id", "s"), &sim.base_url(), "A", 3)], HOUR);
+    let three = config(
+        vec![account("acme", ("id", "s"), &sim.base_url(), "A", 3)],
+        HOUR,
+    );
     let mut exporter = Exporter::new(three, options(Clock::tokio_anchored(now()))).unwrap();
     exporter.start().unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(exporter.store.ready());
     let text = exporter.metrics.render();
-    assert_eq!(text.matches("opswat_license_expiry_timestamp_seconds{").count(), 3);
+    assert_eq!(
+        text.matches("opswat_license_expiry_timestamp_seconds{")
+            .count(),
+        3
+    );
     let calls_before = sim.log().len();
 
     // Drop the last licence.
-    let two = config(vec![account("acme", ("id", "s"), &sim.base_url(), "A", 2)], HOUR);
+    let two = config(
+        vec![account("acme", ("id", "s"), &sim.base_url(), "A", 2)],
+        HOUR,
+    );
     exporter.reload(two).await.unwrap();
     let text = exporter.metrics.render();
-    assert!(!text.contains(r#"license="lic-0002""#), "a removed licence keeps series:\n{text}");
-    assert_eq!(text.matches("opswat_license_expiry_timestamp_seconds{").count(), 2);
+    assert!(
+        !text.contains(r#"license="lic-0002""#),
+        "a removed licence keeps series:\n{text}"
+    );
+    assert_eq!(
+        text.matches("opswat_license_expiry_timestamp_seconds{")
+            .count(),
+        2
+    );
     // The two that stay keep their data and are not polled again right away.
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(sim.log().len(), calls_before, "reload re-polled licences that stay");
+    assert_eq!(
+        sim.log().len(),
+        calls_before,
+        "reload re-polled licences that stay"
+    );
     assert!(exporter.store.ready());
     exporter.stop().await;
 }
@@ -59,7 +98,10 @@ async fn reload_drops_removed_licences_and_keeps_the_rest() {
 #[tokio::test(start_paused = true)]
 async fn failed_polls_keep_the_last_good_data() {
     let sim = sim(sim_config(&[("id", "s", "A", 1)])).await;
-    let cfg = config(vec![account("acme", ("id", "s"), &sim.base_url(), "A", 1)], HOUR);
+    let cfg = config(
+        vec![account("acme", ("id", "s"), &sim.base_url(), "A", 1)],
+        HOUR,
+    );
     let mut rig = rig(&cfg, Clock::tokio_anchored(now()));
     rig.workers[0].poll_all_once().await;
     let good = rig.metrics.render();
@@ -69,12 +111,25 @@ async fn failed_polls_keep_the_last_good_data() {
         .unwrap()
         .to_string();
 
-    sim.set_sticky_fault(Endpoint::License, Some(opswat_license_exporter::sim::Fault::status(503)));
+    sim.set_sticky_fault(
+        Endpoint::License,
+        Some(opswat_license_exporter::sim::Fault::status(503)),
+    );
     rig.workers[0].poll_all_once().await;
     rig.workers[0].poll_all_once().await;
     let bad = rig.metrics.render();
-    assert!(bad.contains(&expiry_line), "the expiry changed after failures:\n{bad}");
-    assert!(bad.contains(r#"opswat_license_poll_success{account="acme",license="lic-0000",product_id="1"} 0"#));
+    assert!(
+        bad.contains(&expiry_line),
+        "the expiry changed after failures:\n{bad}"
+    );
+    assert!(bad.contains(
+        r#"opswat_license_poll_success{account="acme",license="lic-0000",product_id="1"} 0"#
+    ));
     assert!(bad.contains(r#"opswat_license_poll_consecutive_failures{account="acme",license="lic-0000",product_id="1"} 2"#));
-    assert!(bad.contains(r#"opswat_portal_requests_total{account="acme",code="503",endpoint="license"} 2"#), "{bad}");
+    assert!(
+        bad.contains(
+            r#"opswat_portal_requests_total{account="acme",code="503",endpoint="license"} 2"#
+        ),
+        "{bad}"
+    );
 }

@@ -568,12 +568,18 @@ impl Validator<'_> {
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 self.error(
                     &field("ca_file"),
                     format!("{} is not a PEM certificate bundle: {e}", path.display()),
                 )
             })?;
+            if certs.is_empty() {
+                return Err(self.error(
+                    &field("ca_file"),
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
             s.ca_file = Some(path);
         }
         Ok(s)

@@ -515,6 +515,14 @@ async fn exchange(
                 status: status.as_u16(),
             });
         }
+        if body.len() + chunk.len() > body.capacity() {
+            // Grow by doubling, but never past the cap: a refused body costs at most
+            // the cap (plus half of it during the last reallocation).
+            let want = (body.capacity() * 2)
+                .max(body.len() + chunk.len())
+                .min(MAX_BODY_BYTES);
+            body.reserve_exact(want - body.len());
+        }
         body.extend_from_slice(&chunk);
     }
     Ok((status, headers, body))

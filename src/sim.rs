@@ -218,6 +218,11 @@ impl SimPortal {
         self.state.lock().expect("sim lock").log.clone()
     }
 
+    /// Forgets the request log (long tests that measure memory).
+    pub fn clear_log(&self) {
+        self.state.lock().expect("sim lock").log = Vec::new();
+    }
+
     /// Serves `fault` for the next call of `endpoint` (queued in order).
     pub fn push_fault(&self, endpoint: Endpoint, fault: Fault) {
         let mut st = self.state.lock().expect("sim lock");

@@ -57,7 +57,7 @@ async fn canary_never_leaves() {
         format!("{CANARY}-client-id"),
         format!("{CANARY}-client-secret"),
     );
-    for i in 0..6 {
+    for i in 0..8 {
         sc.licenses.insert(
             (key(&format!("{CANARY}-ok"), i), 1),
             license_data("2027-06-30", &[("d", 1)]),
@@ -84,8 +84,20 @@ async fn canary_never_leaves() {
     sim.push_key_fault(&key(&format!("{CANARY}-ok"), 3), Fault::Hang);
     sim.push_key_fault(&key(&format!("{CANARY}-ok"), 4), Fault::status(500));
     sim.push_key_fault(&key(&format!("{CANARY}-ok"), 5), Fault::RevokeTokens);
+    sim.push_key_fault(
+        &key(&format!("{CANARY}-ok"), 6),
+        Fault::Status {
+            status: 429,
+            body: String::new(),
+            headers: vec![("retry-after".into(), "30".into())],
+        },
+    );
+    sim.push_key_fault(
+        &key(&format!("{CANARY}-ok"), 7),
+        Fault::ok_body(r#"{"success":true,"data":{"expiry":"#),
+    );
 
-    let mut good = canary_account("ok", &sim.base_url(), 6);
+    let mut good = canary_account("ok", &sim.base_url(), 8);
     good.portal.timeout = Duration::from_secs(5);
     // Unknown keys (404), a refused connection, a rejected client secret.
     let unknown = canary_account("unknown", &sim.base_url(), 2);
@@ -113,6 +125,7 @@ async fn canary_never_leaves() {
     let log = sim.log();
     assert!(log.iter().any(|s| s.status == 404));
     assert!(log.iter().any(|s| s.status == 400));
+    assert!(log.iter().any(|s| s.status == 429));
     assert!(log.iter().any(|s| s.status == 0), "no hang");
     assert!(
         log.iter()

@@ -41,3 +41,29 @@ fn promtool_check_metrics_is_clean() {
         );
     }
 }
+
+#[test]
+fn promtool_checks_and_unit_tests_the_alert_rules() {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install promtool (Debian package prometheus)"
+        );
+        eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus)");
+        return;
+    }
+    for args in [
+        vec!["check", "rules", "dashboards/opswat-license-alerts.yml"],
+        vec!["test", "rules", "dashboards/opswat-license-alerts.test.yml"],
+        vec!["check", "config", "examples/prometheus.yml"],
+    ] {
+        let out = Command::new("promtool").args(&args).output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?}: {said}");
+        assert!(said.contains("SUCCESS"), "promtool {args:?}: {said}");
+    }
+}

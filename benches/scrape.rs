@@ -73,7 +73,10 @@ fn time<R>(budget: Duration, mut f: impl FnMut() -> R) -> (Duration, usize) {
 
 fn main() {
     println!("render /metrics (licences × deployments each)");
-    println!("{:>10} {:>8} {:>12} {:>14} {:>14}", "licences", "deps", "series", "median", "ns/series");
+    println!(
+        "{:>10} {:>8} {:>12} {:>14} {:>14}",
+        "licences", "deps", "series", "median", "ns/series"
+    );
     let mut per_series = Vec::new();
     for (licences, deps) in [(10, 3), (100, 10), (1000, 10), (10, 1000)] {
         let store = Store::new();
@@ -94,7 +97,12 @@ fn main() {
             };
             store.insert_for_test(id, Some(10), Some(data.clone()), poll.clone());
         }
-        let metrics = Metrics::new(Arc::clone(&store), Clock::fixed(from_unix(1_796_300_000)), false).unwrap();
+        let metrics = Metrics::new(
+            Arc::clone(&store),
+            Clock::fixed(from_unix(1_796_300_000)),
+            false,
+        )
+        .unwrap();
         let text = metrics.render();
         let series = text.lines().filter(|l| !l.starts_with('#')).count();
         let before = ALLOCATED.load(Relaxed);
@@ -110,14 +118,20 @@ fn main() {
             text.len() / 1024
         );
     }
-    let spread = per_series.iter().cloned().fold(f64::MIN, f64::max) / per_series.iter().cloned().fold(f64::MAX, f64::min);
+    let spread = per_series.iter().cloned().fold(f64::MIN, f64::max)
+        / per_series.iter().cloned().fold(f64::MAX, f64::min);
     println!("cost per series, largest/smallest: {spread:.2} (≈1 is linear scaling)\n");
 
     println!("parse an active-deployments answer");
-    println!("{:>12} {:>10} {:>14} {:>12}", "deployments", "bytes", "median", "MB/s");
+    println!(
+        "{:>12} {:>10} {:>14} {:>12}",
+        "deployments", "bytes", "median", "MB/s"
+    );
     for deps in [10, 1000, 10_000] {
         let body = answer(deps);
-        let (median, _) = time(Duration::from_millis(800), || parse_answer(&body, 1).unwrap());
+        let (median, _) = time(Duration::from_millis(800), || {
+            parse_answer(&body, 1).unwrap()
+        });
         let mbs = body.len() as f64 / median.as_secs_f64() / 1e6;
         println!("{deps:>12} {:>10} {:>14?} {mbs:>12.0}", body.len(), median);
     }

@@ -24,6 +24,8 @@ pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9877";
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(3600);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// No configured duration is longer: keeps every clock sum far from overflowing.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 86400);
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -187,7 +189,7 @@ impl Config {
         let raw: RawConfig = serde_yaml::from_str(source).map_err(|e| ConfigError {
             file: file.to_path_buf(),
             location: e.location().map(|l| (l.line(), l.column())),
-            message: strip_position(&e.to_string()),
+            message: clean_serde_message(&e.to_string()),
         })?;
         let v = Validator {
             source,
@@ -237,21 +239,83 @@ impl AccountPlan {
     }
 }
 
+/// A stretched interval is never longer than this (a year): beyond it, the budget is
+/// simply too small for the licences, which `--config.check` shows.
+pub const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(366 * 86400);
+
 /// Every licence once per interval costs `n` calls; the budget gives `requests` per `per`.
 /// Keep a fifth of the budget free for retries and token-revocation repeats, so a few
 /// failures do not push regular polls past their interval.
 pub fn min_refresh_interval(licenses: usize, limit: RateLimit) -> Duration {
     let usable = (u64::from(limit.requests) * 4).div_ceil(5).max(1);
-    let windows = (licenses as u64).div_ceil(usable);
-    limit.per * windows.max(1) as u32
+    let windows = (licenses as u64).div_ceil(usable).max(1);
+    limit
+        .per
+        .checked_mul(u32::try_from(windows).unwrap_or(u32::MAX))
+        .unwrap_or(Duration::MAX)
+        .min(MAX_REFRESH_INTERVAL)
 }
 
-/// serde_yaml appends " at line L column C"; the location is printed separately.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) if message[i..].contains(" column ") => message[..i].to_string(),
-        _ => message.to_string(),
+/// serde_yaml's message without " at line L column C" (the location is printed
+/// separately) and without quoted string values (`invalid type: string "…"`): a value
+/// in the wrong place may be a secret.
+fn clean_serde_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " at line ".len()..];
+        let digits = after
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let tail = &after[digits..];
+        match tail.strip_prefix(" column ") {
+            Some(t) if digits > 0 => {
+                let d2 = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+                rest = &t[d2..];
+            }
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
+    // The file's shapes are private types: name what the user writes instead.
+    let mut named = redact_quoted_strings(&out);
+    while let Some(i) = named.find("struct Raw") {
+        let end = named[i + "struct Raw".len()..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(named.len(), |n| i + "struct Raw".len() + n);
+        named.replace_range(i..end, "a mapping");
+    }
+    named
+}
+
+fn redact_quoted_strings(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("string \"") {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        let after = &rest[i + "string \"".len()..];
+        // serde writes the value with Rust escaping: skip to the unescaped closing quote.
+        let mut end = after.len();
+        let mut escaped = false;
+        for (j, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = j + 1;
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -336,6 +400,11 @@ impl<'de> Deserialize<'de> for PositiveDuration {
                 if d.is_zero() {
                     return Err(E::custom("must be greater than zero"));
                 }
+                if d > MAX_DURATION {
+                    return Err(E::custom(
+                        "must be at most 366d (longer waits are surely a mistake)",
+                    ));
+                }
                 Ok(PositiveDuration(d))
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<PositiveDuration, E> {
@@ -395,9 +464,14 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error(&self, path: &[Segment], message: impl fmt::Display) -> ConfigError {
+        // A defaulted field (a licence without `name`) is not in the file: point at the
+        // nearest enclosing value that is.
+        let location = (0..=path.len())
+            .rev()
+            .find_map(|n| locate(self.source, &path[..n]));
         ConfigError {
             file: self.file.to_path_buf(),
-            location: locate(self.source, path),
+            location,
             message: format!("{}: {message}", display_path(path)),
         }
     }
@@ -421,8 +495,11 @@ impl Validator<'_> {
         for (i, ra) in raw.accounts.iter().enumerate() {
             let at = [K("accounts"), I(i)];
             let name = ra.name.trim().to_string();
-            if name.is_empty() {
-                return Err(self.error(&[K("accounts"), I(i), K("name")], "must not be empty"));
+            if name.is_empty() || is_yaml_null(&name) {
+                return Err(self.error(
+                    &[K("accounts"), I(i), K("name")],
+                    "must be a name, not empty or null",
+                ));
             }
             if !account_names.insert(name.clone()) {
                 return Err(self.error(
@@ -473,10 +550,10 @@ impl Validator<'_> {
                     ));
                 }
                 let license_name = match &rl.name {
-                    Some(n) if n.trim().is_empty() => {
+                    Some(n) if n.trim().is_empty() || is_yaml_null(n.trim()) => {
                         return Err(self.error(
                             &[K("accounts"), I(i), K("licenses"), I(j), K("name")],
-                            "must not be empty (leave it out to use the masked key)",
+                            "must be a name, not empty or null (leave it out to use the masked key)",
                         ));
                     }
                     Some(n) => n.trim().to_string(),
@@ -580,6 +657,19 @@ impl Validator<'_> {
                     format!("{} holds no PEM certificate", path.display()),
                 ));
             }
+            // Parsing PEM does not check the certificates; building a TLS client does.
+            reqwest::Client::builder()
+                .tls_certs_merge(certs)
+                .build()
+                .map_err(|e| {
+                    let detail = std::error::Error::source(&e)
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default();
+                    self.error(
+                        &field("ca_file"),
+                        format!("{} holds an unusable certificate{detail}", path.display()),
+                    )
+                })?;
             s.ca_file = Some(path);
         }
         Ok(s)
@@ -637,6 +727,11 @@ impl Validator<'_> {
     }
 }
 
+/// serde_yaml hands `~` and `null` to a string field as text.
+fn is_yaml_null(s: &str) -> bool {
+    matches!(s, "~" | "null" | "Null" | "NULL")
+}
+
 fn file_field_name(field: &'static str) -> &'static str {
     match field {
         "client_id" => "client_id_file",
@@ -646,19 +741,25 @@ fn file_field_name(field: &'static str) -> &'static str {
     }
 }
 
+/// An http(s) URL. Messages never repeat the value: it may hold a proxy password.
 fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("invalid URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(format!(
-            "invalid URL {s:?}: must be http:// or https:// with a host"
-        ));
+        return Err("invalid URL: must be http:// or https:// with a host".into());
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "invalid URL {s:?}: must not have a query or fragment"
-        ));
+        return Err("invalid URL: must not have a query or fragment".into());
     }
     Ok(url)
+}
+
+/// A URL for display: any password replaced by `****`.
+pub fn display_url(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    if u.password().is_some() {
+        let _ = u.set_password(Some("****"));
+    }
+    u.to_string()
 }
 
 /// `HOST:PORT` with an IP host, or `:PORT` for every interface.
@@ -685,17 +786,20 @@ fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
             out.push('$');
             rest = stripped;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body
-                .find('}')
-                .ok_or_else(|| "unterminated ${...} reference".to_string())?;
+            let end = body.find('}').ok_or_else(|| {
+                "unterminated ${...} reference (write $$ for a literal $)".to_string()
+            })?;
             let name = &body[..end];
             let valid = !name.is_empty()
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !valid {
-                return Err(format!(
-                    "invalid environment variable name {name:?} in ${{...}}"
-                ));
+                // Not echoed: the text between the braces may be part of a secret.
+                return Err(
+                    "invalid ${...} reference: a variable name is letters, digits \
+                            and _ (write $$ for a literal $)"
+                        .into(),
+                );
             }
             let value =
                 env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;

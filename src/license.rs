@@ -53,6 +53,37 @@ impl License {
         self.deployments.as_ref().map(Vec::len)
     }
 
+    /// Where `dropped` says a field of this answer could not be read, keeps the value the
+    /// previous good answer had: an unreadable expiry must not make expiry alerts resolve.
+    pub fn keep_from(&mut self, previous: &License, dropped: &[DroppedField]) {
+        for d in dropped {
+            match (d.field, &d.deployment_id) {
+                ("expiry", _) => self.expiry = previous.expiry,
+                ("generated_at", _) => self.generated_at = previous.generated_at,
+                ("product", _) => self.product = previous.product.clone(),
+                ("platform", _) => self.platform = previous.platform.clone(),
+                ("type", _) => self.license_type = previous.license_type.clone(),
+                ("deployments", None) if self.deployments.is_none() => {
+                    self.deployments = previous.deployments.clone();
+                }
+                (field, Some(id)) => {
+                    let old = previous.deployments.iter().flatten().find(|p| &p.id == id);
+                    let new = self.deployments.iter_mut().flatten().find(|n| &n.id == id);
+                    if let (Some(old), Some(new)) = (old, new) {
+                        match field {
+                            "deployments.expiration" => new.expiry = old.expiry,
+                            "deployments.activated_at" => new.activated_at = old.activated_at,
+                            "deployments.quantity" => new.quantity = old.quantity,
+                            "deployments.description" => new.description = old.description.clone(),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Activations in use: the sum of deployment quantities. A deployment without a
     /// usable quantity still holds an activation and counts as one.
     pub fn activations(&self) -> Option<f64> {
@@ -73,6 +104,8 @@ pub struct DroppedField {
     pub field: &'static str,
     /// Why, without the value itself when the value might be sensitive.
     pub reason: String,
+    /// For a field of a deployment: which one.
+    pub deployment_id: Option<String>,
 }
 
 /// The result of reading one answer.
@@ -113,7 +146,7 @@ impl AnswerError {
 pub fn parse_answer(body: &[u8], product_id: u32) -> Result<Parsed, AnswerError> {
     let root: Value =
         serde_json::from_slice(body).map_err(|e| AnswerError::NotJson(e.to_string()))?;
-    if root.get("success") == Some(&Value::Bool(false)) {
+    if unsuccessful(&root) {
         return Err(AnswerError::Unsuccessful(error_summary(&root)));
     }
     let data = root
@@ -153,6 +186,7 @@ pub fn parse_answer(body: &[u8], product_id: u32) -> Result<Parsed, AnswerError>
             dropped.push(DroppedField {
                 field: "deployments",
                 reason: "not a list".into(),
+                deployment_id: None,
             });
             None
         }
@@ -168,6 +202,18 @@ pub fn parse_answer(body: &[u8], product_id: u32) -> Result<Parsed, AnswerError>
         },
         dropped,
     })
+}
+
+/// `success` says no: `false`, or the same as a string or a number (`"false"`, `0`).
+pub fn unsuccessful(root: &Value) -> bool {
+    match root.get("success") {
+        Some(Value::Bool(b)) => !b,
+        Some(Value::String(s)) => {
+            matches!(s.trim().to_ascii_lowercase().as_str(), "false" | "0" | "no")
+        }
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        _ => false,
+    }
 }
 
 /// A short, safe description of an error body: the portal's own message fields only.
@@ -200,6 +246,7 @@ fn deployments(items: &[Value], dropped: &mut Vec<DroppedField>) -> Vec<Deployme
             dropped.push(DroppedField {
                 field: "deployments",
                 reason: "an entry is not an object".into(),
+                deployment_id: None,
             });
             continue;
         }
@@ -210,10 +257,12 @@ fn deployments(items: &[Value], dropped: &mut Vec<DroppedField>) -> Vec<Deployme
                 dropped.push(DroppedField {
                     field: "deployments.deployment_id",
                     reason: "missing or empty: entry skipped".into(),
+                    deployment_id: None,
                 });
                 continue;
             }
         };
+        let first_drop = dropped.len();
         let description = text(item, "description", dropped).unwrap_or_default();
         let expiry = date_field(
             item,
@@ -230,6 +279,12 @@ fn deployments(items: &[Value], dropped: &mut Vec<DroppedField>) -> Vec<Deployme
             dropped,
         );
         let quantity = quantity(item, dropped);
+        for d in &mut dropped[first_drop..] {
+            d.deployment_id = Some(id.clone());
+            if d.field == "description" {
+                d.field = "deployments.description";
+            }
+        }
         let d = Deployment {
             id: id.clone(),
             description,
@@ -269,6 +324,9 @@ fn earliest(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> 
     }
 }
 
+/// More activations than any real deployment holds: taken as garbage, not summed.
+const MAX_QUANTITY: f64 = 1e9;
+
 fn quantity(item: &Value, dropped: &mut Vec<DroppedField>) -> Option<f64> {
     let v = item.get("quantity")?;
     let n = match v {
@@ -278,11 +336,13 @@ fn quantity(item: &Value, dropped: &mut Vec<DroppedField>) -> Option<f64> {
         _ => None,
     };
     match n {
-        Some(q) if q.is_finite() && q >= 0.0 => Some(q),
+        // `+ 0.0` turns -0 into 0, which would otherwise print as "-0".
+        Some(q) if q.is_finite() && (0.0..=MAX_QUANTITY).contains(&q) => Some(q + 0.0),
         Some(_) => {
             dropped.push(DroppedField {
                 field: "deployments.quantity",
-                reason: "negative or not finite".into(),
+                reason: format!("negative, not finite or above {MAX_QUANTITY}"),
+                deployment_id: None,
             });
             None
         }
@@ -290,6 +350,7 @@ fn quantity(item: &Value, dropped: &mut Vec<DroppedField>) -> Option<f64> {
             dropped.push(DroppedField {
                 field: "deployments.quantity",
                 reason: "not a number".into(),
+                deployment_id: None,
             });
             None
         }
@@ -309,6 +370,7 @@ fn text(obj: &Value, key: &'static str, dropped: &mut Vec<DroppedField>) -> Opti
             dropped.push(DroppedField {
                 field: key,
                 reason: "not a string".into(),
+                deployment_id: None,
             });
             None
         }
@@ -338,6 +400,7 @@ fn date_field(
             dropped.push(DroppedField {
                 field,
                 reason: "not a string".into(),
+                deployment_id: None,
             });
             return None;
         }
@@ -345,7 +408,11 @@ fn date_field(
     match parse_date(raw, meaning) {
         Ok(t) => t,
         Err(reason) => {
-            dropped.push(DroppedField { field, reason });
+            dropped.push(DroppedField {
+                field,
+                reason,
+                deployment_id: None,
+            });
             None
         }
     }

@@ -63,8 +63,8 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_level, cli.log_format, std::io::stderr);
-    if !cli.telemetry_path.starts_with('/') || cli.telemetry_path == "/" {
-        eprintln!("--web.telemetry-path must start with / and not be / itself");
+    if let Err(e) = check_telemetry_path(&cli.telemetry_path) {
+        eprintln!("--web.telemetry-path: {e}");
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -79,6 +79,23 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli))
+}
+
+/// A plain path that does not shadow another endpoint.
+fn check_telemetry_path(path: &str) -> Result<(), String> {
+    let plain = path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'.'));
+    if !plain {
+        return Err(format!(
+            "{path:?} must start with / and use only letters, digits, /, _, - and ."
+        ));
+    }
+    if ["/", "/healthz", "/readyz", "/-/reload"].contains(&path) {
+        return Err(format!("{path:?} is taken by another endpoint"));
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> ExitCode {
@@ -115,12 +132,12 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
     }
-    for w in &config.warnings {
-        tracing::warn!(file = %config.path.display(), "{w}");
-    }
     if cli.config_check {
         print_plan(&config);
         return ExitCode::SUCCESS;
+    }
+    for w in &config.warnings {
+        tracing::warn!(file = %config.path.display(), "{w}");
     }
 
     let options = Options {
@@ -270,7 +287,11 @@ fn print_plan(config: &Config) {
         let p = &account.portal;
         println!(
             "account {:?}: {} licence(s) at {}; licence budget {}, token budget {}",
-            plan.account, plan.licenses, p.base_url, p.license_rate_limit, p.token_rate_limit
+            plan.account,
+            plan.licenses,
+            config::display_url(&p.base_url),
+            p.license_rate_limit,
+            p.token_rate_limit
         );
         println!(
             "  shortest refresh interval the budget allows: {}; effective interval: {}",
@@ -327,7 +348,8 @@ async fn demo_config(clock: &Clock) -> anyhow::Result<(SimPortal, Config)> {
         .collect();
     let config = Config {
         path: PathBuf::from("(demo)"),
-        listen_address: config::DEFAULT_LISTEN_ADDRESS.parse()?,
+        // A demo is for the person at this machine: loopback unless told otherwise.
+        listen_address: "127.0.0.1:9877".parse()?,
         poll_interval: Duration::from_secs(300),
         accounts: vec![Account {
             name: "demo".to_string(),

@@ -396,6 +396,21 @@ impl Telemetry {
                 self.requests.with_label_values(&[account, e, code]);
                 self.note(Vec_::Requests, [account, e, code]);
             }
+            for reason in ["not_json", "success_false", "no_data", "too_large"] {
+                self.invalid_answers
+                    .with_label_values(&[account, e, reason]);
+                self.note(Vec_::Invalid, [account, e, reason]);
+            }
+        }
+        for field in [
+            "expiry",
+            "generated_at",
+            "deployments",
+            "deployments.expiration",
+            "deployments.quantity",
+        ] {
+            self.dropped_fields.with_label_values(&[account, field]);
+            self.note(Vec_::Dropped, [account, field, ""]);
         }
     }
 

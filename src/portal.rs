@@ -25,6 +25,8 @@ pub const TOKEN_PATH: &str = "portal/oauth2/token";
 pub const LICENSE_PATH: &str = "portal/product/license/active-deployments";
 /// Largest body we read; real answers are a few KiB (10,000 deployments are ~2 MiB).
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Tokens are renewed at least this often, whatever `expires_in` says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The longest wait a 429's headers may impose; longer values are taken as bogus.
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(3600);
 
@@ -308,7 +310,9 @@ impl PortalClient {
                 .get(url.clone())
                 .bearer_auth(token.expose())
                 .header(reqwest::header::ACCEPT, "application/json");
-            let (status, headers, body) = self.send(Endpoint::License, request).await?;
+            let scrub = |e: PortalError| redact_error(e, std::slice::from_ref(&token));
+            let (status, headers, body) =
+                self.send(Endpoint::License, request).await.map_err(scrub)?;
             match status {
                 StatusCode::OK => {
                     return match license::parse_answer(&body, product_id) {
@@ -318,7 +322,7 @@ impl PortalClient {
                             }
                             Ok(parsed)
                         }
-                        Err(e) => Err(self.invalid(Endpoint::License, &e)),
+                        Err(e) => Err(scrub(self.invalid(Endpoint::License, &e))),
                     };
                 }
                 StatusCode::UNAUTHORIZED if !renewed => {
@@ -326,7 +330,14 @@ impl PortalClient {
                     self.invalidate_token(&token).await;
                     renewed = true;
                 }
-                _ => return Err(self.status_error(Endpoint::License, status, &headers, &body)),
+                _ => {
+                    return Err(scrub(self.status_error(
+                        Endpoint::License,
+                        status,
+                        &headers,
+                        &body,
+                    )));
+                }
             }
         }
     }
@@ -359,7 +370,9 @@ impl PortalClient {
             parse_token(&body).map_err(|e| self.invalid(Endpoint::Token, &e))?;
         let refresh_at = match expires_in {
             Some(secs) => {
-                let life = Duration::from_secs(secs);
+                // A lifetime beyond a day is taken as a day: renewing daily costs one
+                // call, and absurd values cannot overflow the clock.
+                let life = Duration::from_secs(secs.min(MAX_TOKEN_LIFETIME.as_secs()));
                 // Renew a little early: a token must not expire between our check and
                 // the portal's.
                 let margin = (life / 10).min(Duration::from_secs(60));
@@ -550,7 +563,7 @@ fn transport(e: reqwest::Error, endpoint: Endpoint) -> PortalError {
 fn parse_token(body: &[u8]) -> Result<(Secret, Option<u64>), AnswerError> {
     let root: Value =
         serde_json::from_slice(body).map_err(|e| AnswerError::NotJson(e.to_string()))?;
-    if root.get("success") == Some(&Value::Bool(false)) {
+    if license::unsuccessful(&root) {
         return Err(AnswerError::Unsuccessful(license::error_summary(&root)));
     }
     // The documented shape is `{data: {...}}`; plain OAuth puts the fields at the top.
@@ -584,11 +597,13 @@ pub fn rate_limit_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration>
             .parse()
             .ok()
             .filter(|v: &f64| v.is_finite() && *v >= 0.0)?;
+        // Clamped before converting: a header of 1e300 must not overflow a Duration.
+        let max = MAX_RATE_LIMIT_WAIT.as_secs_f64();
         if allow_epoch && secs > 1_000_000_000.0 {
             let now = crate::clock::unix_seconds(now);
-            return Some(Duration::from_secs_f64((secs - now).max(0.0)));
+            return Some(Duration::from_secs_f64((secs - now).clamp(0.0, max)));
         }
-        Some(Duration::from_secs_f64(secs))
+        Some(Duration::from_secs_f64(secs.min(max)))
     };
     let wait = get(RETRY_AFTER.as_str())
         .and_then(|v| {
@@ -655,6 +670,17 @@ mod tests {
             None
         );
         assert_eq!(rate_limit_wait(&HeaderMap::new(), now), None);
+        for absurd in [
+            ("retry-after", "1e20"),
+            ("x-ratelimit-reset", "1e300"),
+            ("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"),
+        ] {
+            assert_eq!(
+                rate_limit_wait(&headers(&[absurd]), now),
+                s(3600),
+                "{absurd:?}"
+            );
+        }
     }
 
     #[test]

@@ -236,7 +236,8 @@ impl AccountWorker {
                 for d in &parsed.dropped {
                     tracing::warn!(account = %id.account, license = %id.license, product_id, field = d.field, reason = %d.reason, "dropped a field of the portal's answer");
                 }
-                self.store.record_success(&id, parsed.license, now_wall);
+                self.store
+                    .record_success(&id, parsed.license, &parsed.dropped, now_wall);
                 let slot = &mut self.slots[i];
                 if let Some(kind) = slot.failing.take() {
                     tracing::info!(account = %id.account, license = %id.license, product_id, after_failures = slot.failures, previous = %kind, "licence poll recovered");

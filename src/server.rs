@@ -127,12 +127,16 @@ async fn handle(
     } else if path == "/healthz" {
         text(StatusCode::OK, "OK\n")
     } else if path == "/readyz" {
-        if state.store.ready() {
+        let (settled, total) = state.store.settled_count();
+        if settled == total {
             text(StatusCode::OK, "ready\n")
         } else {
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: some licences have not been polled yet\n",
+                format!(
+                    "not ready: {} of {total} licences have no answer from the portal yet (neither data nor a definitive refusal)\n",
+                    total - settled
+                ),
             )
         }
     } else {
@@ -211,7 +215,13 @@ fn landing(state: &WebState) -> String {
                     };
                     (l.product.clone(), days, class)
                 }
-                None => (String::new(), "unknown".to_string(), "none"),
+                None => (
+                    crate::products::lookup(id.product_id)
+                        .map(|(name, _)| name.to_string())
+                        .unwrap_or_default(),
+                    "unknown".to_string(),
+                    "none",
+                ),
             };
             let activations = match (e.data.as_ref().and_then(|l| l.activations()), e.activations_limit) {
                 (Some(a), Some(l)) => format!("{a} / {l}"),

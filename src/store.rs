@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
-use crate::license::License;
+use crate::license::{DroppedField, License};
 
 /// The label identity of a licence: unique by config validation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,10 +147,20 @@ impl Store {
             .retain(|name, _| names.contains(name.as_str()));
     }
 
-    /// A successful poll: new data replaces the old.
-    pub fn record_success(&self, id: &LicenseId, license: License, at: SystemTime) {
+    /// A successful poll: new data replaces the old, except fields the answer had but
+    /// that could not be read (`dropped`): those keep their last good value.
+    pub fn record_success(
+        &self,
+        id: &LicenseId,
+        mut license: License,
+        dropped: &[DroppedField],
+        at: SystemTime,
+    ) {
         let mut inner = self.inner.write().expect("store lock");
         if let Some(e) = inner.licenses.get_mut(id) {
+            if let Some(previous) = &e.data {
+                license.keep_from(previous, dropped);
+            }
             e.data = Some(license);
             e.poll.last_attempt = Some(at);
             e.poll.last_success_ok = Some(true);
@@ -190,6 +200,16 @@ impl Store {
     /// A copy of one licence's entry.
     pub fn get(&self, id: &LicenseId) -> Option<LicenseEntry> {
         self.read(|i| i.licenses.get(id).cloned())
+    }
+
+    /// How many licences were polled to a conclusion, of how many.
+    pub fn settled_count(&self) -> (usize, usize) {
+        self.read(|i| {
+            (
+                i.licenses.values().filter(|e| e.poll.settled).count(),
+                i.licenses.len(),
+            )
+        })
     }
 
     /// True once every licence has been polled to a conclusion.

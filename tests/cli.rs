@@ -90,10 +90,21 @@ fn version_and_usage_errors() {
         "{v}"
     );
     assert_eq!(run(&["--no-such-flag"]).status.code(), Some(2));
-    assert_eq!(
-        run(&["--web.telemetry-path", "metrics"]).status.code(),
-        Some(2)
-    );
+    for bad in [
+        "metrics",
+        "/healthz",
+        "/",
+        "/-/reload",
+        "/metrics?x=1",
+        "/a b",
+        "/métrics",
+    ] {
+        assert_eq!(
+            run(&["--web.telemetry-path", bad]).status.code(),
+            Some(2),
+            "{bad}"
+        );
+    }
 }
 
 #[test]

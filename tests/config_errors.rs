@@ -33,7 +33,7 @@ fn bad_configs_have_clear_messages() {
         );
         checked += 1;
     }
-    assert!(checked >= 12, "only {checked} bad configs");
+    assert!(checked >= 20, "only {checked} bad configs");
 }
 
 #[test]

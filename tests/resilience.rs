@@ -454,3 +454,117 @@ async fn ten_thousand_deployments_zero_deployments_and_odd_quantities() {
         r#"opswat_portal_dropped_fields_total{account="acme",field="deployments.quantity"} 1"#
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_field_keeps_its_last_good_value() {
+    let sim = sim(sim_config(&[("id", "s", "A", 1)])).await;
+    let cfg = config(
+        vec![account("acme", ("id", "s"), &sim.base_url(), "A", 1)],
+        HOUR,
+    );
+    let mut rig = rig(&cfg, Clock::tokio_anchored(now()));
+    assert!(rig.workers[0].poll_all_once().await.is_empty());
+    let good = rig.metrics.render();
+    let keep: Vec<String> = good
+        .lines()
+        .filter(|l| {
+            l.starts_with("opswat_license_expiry_timestamp_seconds{")
+                || l.starts_with("opswat_license_deployments{")
+                || l.starts_with("opswat_license_deployment_expiry_timestamp_seconds{")
+        })
+        .map(str::to_string)
+        .collect();
+    assert_eq!(keep.len(), 3);
+
+    // The next answer has an ambiguous licence expiry and an unreadable deployment date.
+    let mut odd = license_data("2027-06-30", &[("dep-a", 1)]);
+    odd["expiry"] = "11/08/2027".into();
+    odd["deployments"][0]["expiration"] = "soon".into();
+    sim.set_license(&key("A", 0), 1, Some(odd));
+    assert!(rig.workers[0].poll_all_once().await.is_empty());
+    let text = rig.metrics.render();
+    for l in &keep {
+        assert!(text.contains(l.as_str()), "lost {l}");
+    }
+    // A list that is not a list keeps the last good deployments; success "false" is a failure.
+    let mut odd = license_data("2027-06-30", &[]);
+    odd["deployments"] = "oops".into();
+    sim.set_license(&key("A", 0), 1, Some(odd));
+    assert!(rig.workers[0].poll_all_once().await.is_empty());
+    assert!(rig.metrics.render().contains(&keep[1]));
+    sim.push_fault(
+        Endpoint::License,
+        Fault::ok_body(r#"{"success":"false","data":{"expiry":null}}"#),
+    );
+    assert_eq!(rig.workers[0].poll_all_once().await.len(), 1);
+    assert!(rig.metrics.render().contains(&keep[0]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn absurd_numbers_from_the_portal_do_not_crash_anything() {
+    let sim = sim(sim_config(&[("id", "s", "A", 2)])).await;
+    // A token "valid" for 1e30 seconds, then a 429 asking for 1e20 seconds.
+    sim.push_fault(
+        Endpoint::Token,
+        Fault::ok_body(r#"{"data":{"access_token":"sim-token-forever","expires_in":1e30}}"#),
+    );
+    sim.push_key_fault(
+        &key("A", 1),
+        Fault::Status {
+            status: 429,
+            body: String::new(),
+            headers: vec![("retry-after".into(), "1e20".into())],
+        },
+    );
+    let cfg = config(
+        vec![account("acme", ("id", "s"), &sim.base_url(), "A", 2)],
+        HOUR,
+    );
+    let mut rig = rig(&cfg, Clock::tokio_anchored(now()));
+    // The forged token is unknown to the simulator (401), so it is renewed once; the 429's
+    // wait is capped at an hour; nothing panics and both licences end up polled.
+    run_for(&mut rig, 3 * HOUR).await;
+    let log = sim.log();
+    let ok: std::collections::HashSet<_> = licence_calls(&log)
+        .iter()
+        .filter(|s| s.status == 200)
+        .map(|s| s.activation_key.clone())
+        .collect();
+    assert_eq!(ok.len(), 2, "{log:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_portal_echoing_the_bearer_token_is_redacted() {
+    let sim = sim(sim_config(&[("id", "s", "A", 1)])).await;
+    sim.push_fault(
+        Endpoint::Token,
+        Fault::ok_body(r#"{"data":{"access_token":"sim-token-c4n4ry","expires_in":3600}}"#),
+    );
+    sim.push_fault(
+        Endpoint::License,
+        Fault::Status {
+            status: 403,
+            body: r#"{"error":"bearer sim-token-c4n4ry may not read this"}"#.into(),
+            headers: vec![],
+        },
+    );
+    let cfg = config(
+        vec![account("acme", ("id", "s"), &sim.base_url(), "A", 1)],
+        HOUR,
+    );
+    let mut rig = rig(&cfg, Clock::tokio_anchored(now()));
+    let failures = rig.workers[0].poll_all_once().await;
+    let message = failures[0].1.to_string();
+    assert!(message.contains("bearer ****n4ry may not"), "{message}");
+    let stored = rig.store.read(|i| {
+        i.licenses
+            .values()
+            .next()
+            .unwrap()
+            .poll
+            .last_error
+            .clone()
+            .unwrap()
+    });
+    assert!(!stored.contains("c4n4ry"), "{stored}");
+}

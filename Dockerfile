@@ -1,12 +1,14 @@
 # syntax=docker/dockerfile:1
-# Build:  docker build -t opswat-license-exporter .
-# Run:    docker run --rm -p 9877:9877 opswat-license-exporter --demo
+# Build:  docker build --build-arg GIT_REVISION=$(git rev-parse --short=12 HEAD) -t opswat-license-exporter .
+# Run:    docker run --rm -p 9877:9877 opswat-license-exporter --demo --web.listen-address 0.0.0.0:9877
 #         docker run --rm -p 9877:9877 -v $PWD/config.yaml:/etc/opswat-license-exporter/config.yaml:ro \
 #           -v /run/secrets/opswat:/run/secrets:ro opswat-license-exporter
 
 # --- build: a static (musl) binary on the official Rust image
 FROM rust:1.88-alpine AS builder
-RUN apk add --no-cache musl-dev build-base cmake perl git
+RUN apk add --no-cache musl-dev build-base cmake perl
+ARG GIT_REVISION=unknown
+ENV GIT_REVISION=$GIT_REVISION
 WORKDIR /src
 # Dependency cache layer: only the manifests, with stub sources.
 COPY Cargo.toml Cargo.lock build.rs ./

@@ -19,6 +19,7 @@ pub mod secret;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod webconfig;
 
 /// `--version` text: version, git revision, rustc.
 pub const VERSION: &str = concat!(

@@ -19,6 +19,7 @@ use opswat_license_exporter::portal::ProxyChoice;
 use opswat_license_exporter::secret::Secret;
 use opswat_license_exporter::server::{self, ReloadRequest, WebState};
 use opswat_license_exporter::sim::{self, SimPortal};
+use opswat_license_exporter::webconfig::WebConfig;
 use opswat_license_exporter::{VERSION, products};
 
 /// Prometheus exporter for My OPSWAT licences: expiry dates and deployments, polled
@@ -46,6 +47,9 @@ struct Cli {
         default_value = "/metrics"
     )]
     telemetry_path: String,
+    /// TLS and basic auth for the HTTP endpoints, in the exporter-toolkit web-config format.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
     /// Poll every licence once, print the metrics to stdout, exit 1 if any poll failed.
     #[arg(long)]
     once: bool,
@@ -132,8 +136,26 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
     }
+    let web = match &cli.web_config_file {
+        None => WebConfig::default(),
+        Some(path) => match WebConfig::load(path) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("invalid web config: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     if cli.config_check {
         print_plan(&config);
+        if let Some(path) = &cli.web_config_file {
+            println!(
+                "web config OK: {} (TLS {}, basic auth {})",
+                path.display(),
+                if web.tls.is_some() { "on" } else { "off" },
+                if web.requires_auth() { "on" } else { "off" }
+            );
+        }
         return ExitCode::SUCCESS;
     }
     for w in &config.warnings {
@@ -178,7 +200,15 @@ async fn run(cli: Cli) -> ExitCode {
         };
     }
 
-    match serve(cli, exporter.config().listen_address, &mut exporter, clock).await {
+    match serve(
+        cli,
+        exporter.config().listen_address,
+        &mut exporter,
+        clock,
+        web,
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e:#}");
@@ -192,6 +222,7 @@ async fn serve(
     addr: std::net::SocketAddr,
     exporter: &mut Exporter,
     clock: Clock,
+    web: WebConfig,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
@@ -204,6 +235,7 @@ async fn serve(
         telemetry_path: cli.telemetry_path.clone(),
         reload: (!cli.demo).then(|| reload_tx.clone()),
         clock,
+        web: Arc::new(web),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut server_stop = stop_rx.clone();

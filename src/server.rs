@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::{Clock, unix_seconds};
 use crate::metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
 use crate::store::Store;
+use crate::webconfig::WebConfig;
 
 /// A reload request: the answer says whether the new config was taken.
 pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
@@ -38,6 +39,8 @@ pub struct WebState {
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
     /// Time for "days left" on the landing page.
     pub clock: Clock,
+    /// TLS, basic auth and extra headers (`--web.config.file`).
+    pub web: Arc<WebConfig>,
 }
 
 /// Serves until `shutdown` resolves, then lets open requests finish (5 s at most).
@@ -47,6 +50,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
+    let tls = state.web.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -61,18 +65,19 @@ pub async fn serve(
                     }
                 };
                 let st = Arc::clone(&state);
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .max_buf_size(64 * 1024)
-                    .serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |req| handle(Arc::clone(&st), req)),
-                    );
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    match tls {
+                        None => serve_connection(TokioIo::new(stream), st, watcher).await,
+                        Some(acceptor) => {
+                            // A client that never finishes the handshake is dropped.
+                            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                Ok(Ok(tls_stream)) => serve_connection(TokioIo::new(tls_stream), st, watcher).await,
+                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        }
                     }
                 });
             }
@@ -87,6 +92,23 @@ pub async fn serve(
         tracing::debug!("open connections did not finish in 5s; closing");
     }
     Ok(())
+}
+
+async fn serve_connection<I>(
+    io: I,
+    state: Arc<WebState>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024)
+        .serve_connection(io, service_fn(move |req| handle(Arc::clone(&state), req)));
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 type Body = Full<Bytes>;
@@ -108,21 +130,45 @@ async fn handle(
     state: Arc<WebState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let mut response = route(&state, req).await;
+    for (name, value) in &state.web.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    Ok(response)
+}
+
+async fn route(state: &Arc<WebState>, req: Request<Incoming>) -> Response<Body> {
+    if state.web.requires_auth() {
+        let header = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !state.web.authorized(header).await {
+            let mut r = text(StatusCode::UNAUTHORIZED, "401 unauthorized\n");
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                "Basic realm=\"opswat-license-exporter\""
+                    .parse()
+                    .expect("valid header"),
+            );
+            return r;
+        }
+    }
     let path = req.uri().path();
     let read_only = [state.telemetry_path.as_str(), "/", "/healthz", "/readyz"];
     if path == "/-/reload" {
         if req.method() != Method::POST {
-            return Ok(not_allowed("POST"));
+            return not_allowed("POST");
         }
-        return Ok(reload(&state).await);
+        return reload(state).await;
     }
     if !read_only.contains(&path) {
-        return Ok(text(StatusCode::NOT_FOUND, "404 page not found\n"));
+        return text(StatusCode::NOT_FOUND, "404 page not found\n");
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(not_allowed("GET, HEAD"));
+        return not_allowed("GET, HEAD");
     }
-    Ok(if path == state.telemetry_path {
+    if path == state.telemetry_path {
         response(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.render())
     } else if path == "/healthz" {
         text(StatusCode::OK, "OK\n")
@@ -140,8 +186,8 @@ async fn handle(
             )
         }
     } else {
-        response(StatusCode::OK, "text/html; charset=utf-8", landing(&state))
-    })
+        response(StatusCode::OK, "text/html; charset=utf-8", landing(state))
+    }
 }
 
 fn not_allowed(allow: &'static str) -> Response<Body> {

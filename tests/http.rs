@@ -30,6 +30,7 @@ async fn serve(exporter: &Exporter) -> Served {
         telemetry_path: "/metrics".into(),
         reload: None,
         clock: Clock::system(),
+        web: Default::default(),
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(listener, state, async move {

@@ -572,11 +572,38 @@ async fn a_portal_echoing_the_bearer_token_is_redacted() {
 #[tokio::test(start_paused = true)]
 async fn a_name_that_does_not_resolve_is_a_transport_failure_with_backoff() {
     // `.invalid` never resolves (RFC 2606).
-    let cfg = config(vec![account("acme", ("id", "s"), "http://opswat-portal.invalid:8080", "A", 2)], HOUR);
+    let cfg = config(
+        vec![account(
+            "acme",
+            ("id", "s"),
+            "http://opswat-portal.invalid:8080",
+            "A",
+            2,
+        )],
+        HOUR,
+    );
     let mut rig = rig(&cfg, Clock::tokio_anchored(now()));
     run_for(&mut rig, 3 * HOUR).await;
-    let attempts = rig.metrics.telemetry.request_count("acme", Endpoint::Token, "transport");
-    assert!((5..=20).contains(&attempts), "{attempts} attempts in 3 hours");
-    let error = rig.store.read(|i| i.licenses.values().next().unwrap().poll.last_error.clone().unwrap());
-    assert!(error.contains("dns") || error.contains("resolve") || error.contains("lookup"), "{error}");
+    let attempts = rig
+        .metrics
+        .telemetry
+        .request_count("acme", Endpoint::Token, "transport");
+    assert!(
+        (5..=20).contains(&attempts),
+        "{attempts} attempts in 3 hours"
+    );
+    let error = rig.store.read(|i| {
+        i.licenses
+            .values()
+            .next()
+            .unwrap()
+            .poll
+            .last_error
+            .clone()
+            .unwrap()
+    });
+    assert!(
+        error.contains("dns") || error.contains("resolve") || error.contains("lookup"),
+        "{error}"
+    );
 }

@@ -274,15 +274,14 @@ fn wait_ready(base: &str) {
     }
 }
 
-fn sigterm_exits_zero(mut child: Running) {
+fn send_signal(child: &Running, signal: &str) {
     let pid = child.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+fn sigterm_exits_zero(mut child: Running) {
+    send_signal(&child, "-TERM");
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         if let Some(status) = child.0.try_wait().unwrap() {
@@ -383,14 +382,7 @@ async fn reload_by_http_and_sighup() {
 
     // SIGHUP with a good config adds a licence back.
     write_config(dir.path(), &sim.base_url(), 3, "");
-    let pid = child.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send_signal(&child, "-HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let b = base.clone();

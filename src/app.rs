@@ -89,6 +89,7 @@ impl Exporter {
         previous: Option<&Running>,
     ) -> anyhow::Result<Arc<PortalClient>> {
         if let Some(p) = previous
+            && p.account.name == account.name
             && p.account.client_id == account.client_id
             && p.account.client_secret == account.client_secret
             && p.account.portal == account.portal
@@ -176,7 +177,12 @@ impl Exporter {
         let mut old: Vec<Running> = std::mem::take(&mut self.running);
         let mut clients = Vec::with_capacity(config.accounts.len());
         for a in &config.accounts {
-            let previous = old.iter().find(|r| r.account.name == a.name);
+            // The same organisation may come back under another name: the server still
+            // counts its calls, so match on the credentials first.
+            let previous = old
+                .iter()
+                .find(|r| r.account.client_id == a.client_id)
+                .or_else(|| old.iter().find(|r| r.account.name == a.name));
             match self.client(a, previous) {
                 Ok(c) => clients.push(c),
                 Err(e) => {

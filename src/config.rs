@@ -517,6 +517,18 @@ impl Validator<'_> {
                 ra.client_id.as_deref(),
                 ra.client_id_file.as_deref(),
             )?;
+            if let Some(j) = accounts
+                .iter()
+                .position(|b: &Account| b.client_id == client_id)
+            {
+                return Err(self.error(
+                    &[K("accounts"), I(i), K("client_id")],
+                    format!(
+                        "the same client_id as accounts[{j}]: the API's limits are per organisation, \
+                         so list all its licences under one account"
+                    ),
+                ));
+            }
             let client_secret = self.secret(
                 &at,
                 "client_secret",

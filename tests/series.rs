@@ -133,3 +133,42 @@ async fn failed_polls_keep_the_last_good_data() {
         "{bad}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_renamed_account_keeps_its_organisations_budget() {
+    let sim = sim(sim_config(&[("id", "s", "A", 10)])).await;
+    let before = config(
+        vec![account("old-name", ("id", "s"), &sim.base_url(), "A", 10)],
+        HOUR,
+    );
+    let mut exporter = Exporter::new(before, options(Clock::tokio_anchored(now()))).unwrap();
+    exporter.start().unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Same credentials, new name: new series, but the server still counts the old calls.
+    let after = config(
+        vec![account("new-name", ("id", "s"), &sim.base_url(), "A", 10)],
+        HOUR,
+    );
+    exporter.reload(after).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(180)).await;
+    let log = sim.log();
+    assert!(
+        log.iter().all(|s| s.status == 200),
+        "throttled after the rename"
+    );
+    let minute = Duration::from_secs(60);
+    assert!(
+        opswat_license_exporter::sim::max_in_window(&log, Endpoint::License, None, minute) <= 10
+    );
+    let text = exporter.metrics.render();
+    assert!(
+        !text.contains(r#"account="old-name""#),
+        "the old account keeps series:\n{text}"
+    );
+    assert_eq!(
+        text.matches(r#"opswat_license_expiry_timestamp_seconds{account="new-name""#)
+            .count(),
+        10
+    );
+    exporter.stop().await;
+}

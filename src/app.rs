@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
@@ -11,7 +11,7 @@ use crate::config::{Account, Config};
 use crate::metrics::Metrics;
 use crate::portal::{PortalClient, PortalError, ProxyChoice};
 use crate::ratelimit::RateBudget;
-use crate::scheduler::{AccountWorker, Slot};
+use crate::scheduler::{AccountWorker, Slot, Update};
 use crate::store::{LicenseId, Store};
 
 /// How the exporter reaches the portal and tells time.
@@ -39,7 +39,26 @@ struct Running {
     account: Account,
     client: Arc<PortalClient>,
     stop: oneshot::Sender<()>,
+    updates: mpsc::UnboundedSender<Update>,
     task: JoinHandle<AccountWorker>,
+}
+
+impl Running {
+    /// Same name, credentials and portal settings: the worker and its client can stay.
+    fn serves(&self, account: &Account) -> bool {
+        self.account.name == account.name
+            && self.account.client_id == account.client_id
+            && self.account.client_secret == account.client_secret
+            && self.account.portal == account.portal
+    }
+
+    async fn stop(self) -> Vec<Slot> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(worker) => worker.into_slots(),
+            Err(_) => Vec::new(),
+        }
+    }
 }
 
 /// The exporter's moving parts.
@@ -83,32 +102,13 @@ impl Exporter {
         &self.config
     }
 
-    fn client(
-        &self,
-        account: &Account,
-        previous: Option<&Running>,
-    ) -> anyhow::Result<Arc<PortalClient>> {
-        if let Some(p) = previous
-            && p.account.name == account.name
-            && p.account.client_id == account.client_id
-            && p.account.client_secret == account.client_secret
-            && p.account.portal == account.portal
-        {
-            return Ok(Arc::clone(&p.client));
-        }
-        let client = PortalClient::new(
+    fn new_client(&self, account: &Account) -> anyhow::Result<Arc<PortalClient>> {
+        Ok(Arc::new(PortalClient::new(
             account,
             &self.options.proxy,
             self.metrics.telemetry.clone(),
             self.options.clock.clone(),
-        )?;
-        if let Some(p) = previous {
-            // Same organisation (same account name): the server still counts the calls
-            // of the old client, so the new budgets start with their history.
-            RateBudget::inherit(client.token_budget(), p.client.token_budget());
-            RateBudget::inherit(client.license_budget(), p.client.license_budget());
-        }
-        Ok(Arc::new(client))
+        )?))
     }
 
     fn spawn(&self, account: &Account, client: Arc<PortalClient>, slots: Vec<Slot>) -> Running {
@@ -121,13 +121,18 @@ impl Exporter {
         );
         worker.adopt(slots);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(worker.run(async move {
-            let _ = stopped.await;
-        }));
+        let (updates, updates_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(worker.run_with_updates(
+            async move {
+                let _ = stopped.await;
+            },
+            updates_rx,
+        ));
         Running {
             account: account.clone(),
             client,
             stop,
+            updates,
             task,
         }
     }
@@ -141,7 +146,7 @@ impl Exporter {
         }
         let accounts = self.config.accounts.clone();
         for a in &accounts {
-            let client = self.client(a, None)?;
+            let client = self.new_client(a)?;
             let running = self.spawn(a, client, Vec::new());
             self.running.push(running);
         }
@@ -153,7 +158,7 @@ impl Exporter {
     pub async fn poll_once(&self) -> anyhow::Result<Vec<(LicenseId, PortalError)>> {
         let mut set = tokio::task::JoinSet::new();
         for a in &self.config.accounts {
-            let client = self.client(a, None)?;
+            let client = self.new_client(a)?;
             let mut worker = AccountWorker::new(
                 a,
                 self.config.poll_interval,
@@ -172,50 +177,78 @@ impl Exporter {
 
     /// Takes a new config: licences that stay keep their data, poll state and schedule;
     /// removed ones lose their series at once; added ones are polled within the budget.
+    ///
+    /// An account whose name, credentials and portal settings stay keeps its worker and
+    /// client (a poll in flight finishes). Any other account gets a new client whose
+    /// budgets start with the history of the organisation's previous client, taken
+    /// after that client's worker stopped, so a call it abandoned still counts.
     pub async fn reload(&mut self, config: Config) -> anyhow::Result<()> {
-        // Build every client first: a failure here leaves the running config untouched.
-        let mut old: Vec<Running> = std::mem::take(&mut self.running);
-        let mut clients = Vec::with_capacity(config.accounts.len());
+        // Build the new clients first: a failure leaves the running config untouched.
+        let mut fresh = Vec::new();
         for a in &config.accounts {
-            // The same organisation may come back under another name: the server still
-            // counts its calls, so match on the credentials first.
-            let previous = old
-                .iter()
-                .find(|r| r.account.client_id == a.client_id)
-                .or_else(|| old.iter().find(|r| r.account.name == a.name));
-            match self.client(a, previous) {
-                Ok(c) => clients.push(c),
-                Err(e) => {
-                    self.running = old;
-                    self.metrics
-                        .telemetry
-                        .config_loaded(false, self.options.clock.now_unix());
-                    return Err(e);
+            if !self.running.iter().any(|r| r.serves(a)) {
+                match self.new_client(a) {
+                    Ok(c) => fresh.push((a.name.clone(), c)),
+                    Err(e) => {
+                        self.reload_failed();
+                        return Err(e);
+                    }
                 }
             }
         }
-        let mut slots_by_account = Vec::new();
-        for r in old.drain(..) {
-            let _ = r.stop.send(());
-            let slots = match r.task.await {
-                Ok(worker) => worker.into_slots(),
-                Err(_) => Vec::new(),
-            };
-            if !config.accounts.iter().any(|a| a.name == r.account.name) {
-                self.metrics.telemetry.remove_account(&r.account.name);
-            }
-            slots_by_account.push((r.account.name, slots));
-        }
         self.config = config;
         self.store.sync(&self.config);
+
+        // Keep what serves an account as it is now; stop the rest.
+        let mut kept = Vec::new();
+        let mut stopped: Vec<(Account, Arc<PortalClient>, Vec<Slot>)> = Vec::new();
+        for r in std::mem::take(&mut self.running) {
+            match self.config.accounts.iter().find(|a| r.serves(a)) {
+                Some(a) => {
+                    let _ = r.updates.send(Update {
+                        account: a.clone(),
+                        poll_interval: self.config.poll_interval,
+                    });
+                    kept.push(r);
+                }
+                None => {
+                    let (account, client) = (r.account.clone(), Arc::clone(&r.client));
+                    let slots = r.stop().await;
+                    if !self.config.accounts.iter().any(|a| a.name == account.name) {
+                        self.metrics.telemetry.remove_account(&account.name);
+                    }
+                    stopped.push((account, client, slots));
+                }
+            }
+        }
         let accounts = self.config.accounts.clone();
-        for (a, client) in accounts.iter().zip(clients) {
+        for a in &accounts {
             self.metrics.telemetry.init_account(&a.name);
-            let slots = slots_by_account
-                .iter_mut()
+            if let Some(i) = kept.iter().position(|r| r.account.name == a.name) {
+                let mut r = kept.remove(i);
+                r.account = a.clone();
+                self.running.push(r);
+                continue;
+            }
+            let client = fresh
+                .iter()
                 .find(|(n, _)| *n == a.name)
-                .map(|(_, s)| std::mem::take(s))
-                .unwrap_or_default();
+                .map(|(_, c)| Arc::clone(c))
+                .expect("a client was built for every account without a worker");
+            // The same organisation may come back under another name: match the
+            // credentials first. Its server-side window still holds the old calls.
+            let previous = stopped
+                .iter()
+                .find(|(old, _, _)| old.client_id == a.client_id)
+                .or_else(|| stopped.iter().find(|(old, _, _)| old.name == a.name));
+            let mut slots = Vec::new();
+            if let Some((old, old_client, old_slots)) = previous {
+                RateBudget::inherit(client.token_budget(), old_client.token_budget());
+                RateBudget::inherit(client.license_budget(), old_client.license_budget());
+                if old.name == a.name {
+                    slots = old_slots.clone();
+                }
+            }
             let running = self.spawn(a, client, slots);
             self.running.push(running);
         }
@@ -235,8 +268,7 @@ impl Exporter {
     /// Stops every polling task; polls in flight are abandoned.
     pub async fn stop(&mut self) {
         for r in self.running.drain(..) {
-            let _ = r.stop.send(());
-            let _ = r.task.await;
+            r.stop().await;
         }
     }
 }

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::clock::Clock;
@@ -59,6 +60,19 @@ impl Slot {
     pub fn same_as(&self, other: &Slot) -> bool {
         self.id == other.id && self.key == other.key && self.product_id == other.product_id
     }
+}
+
+/// A reload's news for a running worker.
+#[derive(Clone, Debug)]
+pub struct Update {
+    /// The account as now configured (same name, credentials and portal settings).
+    pub account: Account,
+    /// The configured poll interval.
+    pub poll_interval: Duration,
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
 }
 
 /// The slots of an account's configured licences.
@@ -187,28 +201,55 @@ impl AccountWorker {
     }
 
     /// Polls until `shutdown` resolves.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Self {
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Self {
+        let (_keep, updates) = mpsc::unbounded_channel();
+        self.run_with_updates(shutdown, updates).await
+    }
+
+    /// Polls until `shutdown` resolves, taking new licence lists from `updates` between
+    /// polls (a reload that keeps the account's client never interrupts a poll).
+    pub async fn run_with_updates(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut updates: mpsc::UnboundedReceiver<Update>,
+    ) -> Self {
         tokio::pin!(shutdown);
         loop {
-            let Some((i, at, is_tick)) = self.next() else {
-                // No licences: nothing to do until shutdown.
-                shutdown.as_mut().await;
-                return self;
-            };
+            let next = self.next();
             tokio::select! {
                 biased;
                 _ = shutdown.as_mut() => return self,
-                _ = sleep_until(at) => {}
+                Some(update) = updates.recv() => {
+                    self.apply(update);
+                    continue;
+                }
+                _ = sleep_until(next.map_or_else(far_future, |(_, at, _)| at)) => {}
             }
+            let Some((i, _, is_tick)) = next else {
+                continue;
+            };
             if is_tick {
                 self.last_tick = Some(Instant::now());
             }
+            // An abandoned poll did not happen: the licence keeps its place in the queue.
+            let before = (self.slots[i].last_attempt, self.slots[i].retry_at);
             tokio::select! {
                 biased;
-                _ = shutdown.as_mut() => return self,
+                _ = shutdown.as_mut() => {
+                    (self.slots[i].last_attempt, self.slots[i].retry_at) = before;
+                    return self;
+                }
                 _ = self.poll(i) => {}
             }
         }
+    }
+
+    /// Takes a new licence list (and interval) for the same account and client.
+    pub fn apply(&mut self, update: Update) {
+        let previous = std::mem::take(&mut self.slots);
+        self.slots = slots_for(&update.account);
+        self.adopt(previous);
+        self.interval = AccountPlan::new(&update.account, update.poll_interval).effective_interval;
     }
 
     /// Polls every licence once, in order (for `--once`). Returns the failures.

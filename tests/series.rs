@@ -172,3 +172,75 @@ async fn a_renamed_account_keeps_its_organisations_budget() {
     );
     exporter.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_storm_of_reloads_neither_starves_polls_nor_breaks_the_budget() {
+    let sim = sim(sim_config(&[("id", "s", "A", 20)])).await;
+    sim.set_sticky_fault(
+        Endpoint::License,
+        Some(opswat_license_exporter::sim::Fault::Delay(
+            Duration::from_secs(3),
+        )),
+    );
+    let cfg = || {
+        config(
+            vec![account("acme", ("id", "s"), &sim.base_url(), "A", 20)],
+            HOUR,
+        )
+    };
+    let mut exporter = Exporter::new(cfg(), options(Clock::tokio_anchored(now()))).unwrap();
+    exporter.start().unwrap();
+    // 40 reloads of the same config, 2 s apart, while every call takes 3 s.
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        exporter.reload(cfg()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert!(exporter.store.ready(), "licences left unpolled by reloads");
+    // Now reload with a changed portal setting (a new client) while calls are in flight.
+    let mut changed = cfg();
+    changed.accounts[0].portal.timeout = Duration::from_secs(31);
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        exporter.reload(changed.clone()).await.unwrap();
+        changed.accounts[0].portal.timeout += Duration::from_secs(1);
+    }
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let log = sim.log();
+    assert!(
+        log.iter().all(|s| s.status == 200 || s.status == 0),
+        "throttled: {:?}",
+        log.iter().filter(|s| s.status == 429).count()
+    );
+    let minute = Duration::from_secs(60);
+    assert!(
+        opswat_license_exporter::sim::max_in_window(&log, Endpoint::License, None, minute) <= 10
+    );
+    assert!(opswat_license_exporter::sim::max_in_window(&log, Endpoint::Token, None, minute) <= 5);
+    exporter.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_poll_abandoned_by_a_reload_is_not_counted_as_done() {
+    let sim = sim(sim_config(&[("id", "s", "A", 1)])).await;
+    sim.push_fault(
+        Endpoint::License,
+        opswat_license_exporter::sim::Fault::Delay(Duration::from_secs(10)),
+    );
+    let mut cfg = config(
+        vec![account("acme", ("id", "s"), &sim.base_url(), "A", 1)],
+        HOUR,
+    );
+    let mut exporter = Exporter::new(cfg.clone(), options(Clock::tokio_anchored(now()))).unwrap();
+    exporter.start().unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // A changed portal setting replaces the client: the poll in flight is abandoned.
+    cfg.accounts[0].portal.timeout = Duration::from_secs(20);
+    exporter.reload(cfg).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(
+        exporter.store.ready(),
+        "the abandoned poll was taken as done; next try in an hour"
+    );
+    exporter.stop().await;
+}

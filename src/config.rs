@@ -259,7 +259,7 @@ pub fn min_refresh_interval(licenses: usize, limit: RateLimit) -> Duration {
 /// serde_yaml's message without " at line L column C" (the location is printed
 /// separately) and without quoted string values (`invalid type: string "…"`): a value
 /// in the wrong place may be a secret.
-fn clean_serde_message(message: &str) -> String {
+pub(crate) fn clean_serde_message(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(i) = rest.find(" at line ") {
@@ -282,7 +282,7 @@ fn clean_serde_message(message: &str) -> String {
     }
     out.push_str(rest);
     // The file's shapes are private types: name what the user writes instead.
-    let mut named = redact_quoted_strings(&out);
+    let mut named = redact_unknown_field_values(&redact_quoted_strings(&out));
     while let Some(i) = named.find("struct Raw") {
         let end = named[i + "struct Raw".len()..]
             .find(|c: char| !c.is_ascii_alphanumeric())
@@ -290,6 +290,27 @@ fn clean_serde_message(message: &str) -> String {
         named.replace_range(i..end, "a mapping");
     }
     named
+}
+
+/// `key:value` without a space after the colon is one plain scalar, reported as an
+/// unknown field that carries the value (perhaps a key): keep only the part before `:`.
+fn redact_unknown_field_values(message: &str) -> String {
+    const MARK: &str = "unknown field `";
+    let Some(start) = message.find(MARK).map(|i| i + MARK.len()) else {
+        return message.to_string();
+    };
+    let Some(len) = message[start..].find('`') else {
+        return message.to_string();
+    };
+    let field = &message[start..start + len];
+    match field.split_once(':') {
+        Some((key, _)) => format!(
+            "{}{key}:…{} (is a space missing after the colon?)",
+            &message[..start],
+            &message[start + len..]
+        ),
+        None => message.to_string(),
+    }
 }
 
 fn redact_quoted_strings(message: &str) -> String {

@@ -181,7 +181,7 @@ pub fn parse_answer(body: &[u8], product_id: u32) -> Result<Parsed, AnswerError>
     );
     let deployments = match data.get("deployments") {
         None | Some(Value::Null) => Some(Vec::new()),
-        Some(Value::Array(items)) => Some(deployments(items, &mut dropped)),
+        Some(Value::Array(items)) => deployments(items, &mut dropped),
         Some(_) => {
             dropped.push(DroppedField {
                 field: "deployments",
@@ -239,26 +239,17 @@ pub fn error_summary(root: &Value) -> String {
     }
 }
 
-fn deployments(items: &[Value], dropped: &mut Vec<DroppedField>) -> Vec<Deployment> {
+/// The deployments, or `None` when an entry could not be identified: counts built from
+/// part of a list would be wrong, so the last good list is kept instead.
+fn deployments(items: &[Value], dropped: &mut Vec<DroppedField>) -> Option<Vec<Deployment>> {
     let mut merged: HashMap<String, Deployment> = HashMap::with_capacity(items.len());
+    let mut unidentified = 0usize;
     for item in items {
-        if !item.is_object() {
-            dropped.push(DroppedField {
-                field: "deployments",
-                reason: "an entry is not an object".into(),
-                deployment_id: None,
-            });
-            continue;
-        }
         let id = match item.get("deployment_id") {
             Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
             Some(Value::Number(n)) => n.to_string(),
             _ => {
-                dropped.push(DroppedField {
-                    field: "deployments.deployment_id",
-                    reason: "missing or empty: entry skipped".into(),
-                    deployment_id: None,
-                });
+                unidentified += 1;
                 continue;
             }
         };
@@ -299,9 +290,20 @@ fn deployments(items: &[Value], dropped: &mut Vec<DroppedField>) -> Vec<Deployme
             Some(prev) => merge(prev, d),
         }
     }
+    if unidentified > 0 {
+        dropped.push(DroppedField {
+            field: "deployments",
+            reason: format!(
+                "{unidentified} of {} entries without a deployment_id: list not used",
+                items.len()
+            ),
+            deployment_id: None,
+        });
+        return None;
+    }
     let mut out: Vec<Deployment> = merged.into_values().collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
+    Some(out)
 }
 
 /// The same id twice: quantities summed, earliest expiry and activation kept.
@@ -535,9 +537,7 @@ mod tests {
               {"deployment_id":"a","quantity":2,"expiration":"2027-01-31","description":"x"},
               {"deployment_id":"a","quantity":1,"expiration":"2027-01-15"},
               {"deployment_id":"b","quantity":null},
-              {"deployment_id":"c","quantity":-3},
-              {"quantity":1},
-              7
+              {"deployment_id":"c","quantity":-3}
             ]}}"#;
         let p = parse_answer(body, 2).unwrap();
         let l = &p.license;
@@ -559,15 +559,16 @@ mod tests {
         assert_eq!(ds[1].quantity, None);
         assert_eq!(l.activations(), Some(5.0));
         let fields: Vec<_> = p.dropped.iter().map(|d| d.field).collect();
-        assert_eq!(
-            fields,
-            [
-                "expiry",
-                "deployments.quantity",
-                "deployments.deployment_id",
-                "deployments"
-            ]
-        );
+        assert_eq!(fields, ["expiry", "deployments.quantity"]);
+        // An entry that cannot be identified makes the whole list unusable.
+        let p = parse_answer(
+            br#"{"data":{"deployments":[{"deployment_id":"a"},{"id":"b"},7]}}"#,
+            1,
+        )
+        .unwrap();
+        assert_eq!(p.license.deployments, None);
+        assert_eq!(p.dropped[0].field, "deployments");
+        assert!(p.dropped[0].reason.starts_with("2 of 3 entries"));
     }
 
     #[test]

@@ -60,13 +60,22 @@ struct RawHttp {
     headers: Option<BTreeMap<String, String>>,
 }
 
-/// Headers the exporter sets itself; a web config may not override them.
-const RESERVED_HEADERS: [&str; 5] = [
+/// Headers the exporter sets itself, and ones that describe the connection or the
+/// body's encoding: a web config may not set them.
+const RESERVED_HEADERS: [&str; 13] = [
     "content-type",
     "content-length",
+    "content-encoding",
     "www-authenticate",
     "allow",
     "cache-control",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
 ];
 
 impl WebConfig {
@@ -89,7 +98,7 @@ impl WebConfig {
         let raw: RawWebConfig = serde_yaml::from_str(&source).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             location: e.location().map(|l| (l.line(), l.column())),
-            message: e.to_string(),
+            message: crate::config::clean_serde_message(&e.to_string()),
         })?;
         use Segment::Key as K;
 
@@ -99,11 +108,19 @@ impl WebConfig {
         };
         let mut users = BTreeMap::new();
         for (user, hash) in raw.basic_auth_users.unwrap_or_default() {
-            if bcrypt::verify("", &hash).is_err() {
+            if user.is_empty() || user.contains(':') {
                 return Err(err(
                     &[K("basic_auth_users")],
                     format!(
-                        "the password hash of user {user:?} is not a bcrypt hash (make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)"
+                        "user {user:?}: a user name is not empty and has no ':' (Basic auth could never match it)"
+                    ),
+                ));
+            }
+            if !is_bcrypt_hash(&hash) {
+                return Err(err(
+                    &[K("basic_auth_users")],
+                    format!(
+                        "the password hash of user {user:?} is not a bcrypt hash ($2a$, $2b$ or $2y$, cost 4 to 31; make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)"
                     ),
                 ));
             }
@@ -129,11 +146,8 @@ impl WebConfig {
             })?;
             headers.push((n, v));
         }
-        let dummy_hash = if users.is_empty() {
-            String::new()
-        } else {
-            bcrypt::hash("not a password", 10).unwrap_or_default()
-        };
+        // Unknown users are checked against a real user's hash, so they cost the same.
+        let dummy_hash = users.values().next().cloned().unwrap_or_default();
         Ok(WebConfig {
             tls,
             users,
@@ -191,11 +205,31 @@ fn display(path: &[Segment]) -> String {
         .join(".")
 }
 
+/// `$2a$`/`$2b$`/`$2y$`, a two-digit cost from 4 to 31, then 53 characters of
+/// bcrypt's base64: checked by shape, so loading never pays the hash's cost.
+fn is_bcrypt_hash(hash: &str) -> bool {
+    let b = hash.as_bytes();
+    let prefix_ok = ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p));
+    if b.len() != 60 || !prefix_ok {
+        return false;
+    }
+    let cost = std::str::from_utf8(&b[4..6])
+        .ok()
+        .and_then(|c| c.parse::<u32>().ok());
+    b[6] == b'$'
+        && cost.is_some_and(|c| (4..=31).contains(&c))
+        && b[7..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/')
+}
+
 fn parse_basic(header: &str) -> Option<(String, String)> {
     use base64::Engine as _;
-    let encoded = header
-        .strip_prefix("Basic ")
-        .or_else(|| header.strip_prefix("basic "))?;
+    // The scheme is case-insensitive (RFC 7617).
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;

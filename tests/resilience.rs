@@ -492,6 +492,16 @@ async fn an_unreadable_field_keeps_its_last_good_value() {
     sim.set_license(&key("A", 0), 1, Some(odd));
     assert!(rig.workers[0].poll_all_once().await.is_empty());
     assert!(rig.metrics.render().contains(&keep[1]));
+    // Entries that lost their deployment_id (a renamed field) keep the last good list.
+    let mut renamed = license_data("2027-06-30", &[]);
+    renamed["deployments"] =
+        serde_json::json!([{"id": "a", "quantity": 1}, {"id": "b", "quantity": 1}]);
+    sim.set_license(&key("A", 0), 1, Some(renamed));
+    assert!(rig.workers[0].poll_all_once().await.is_empty());
+    assert!(
+        rig.metrics.render().contains(&keep[1]),
+        "deployments wiped by unidentified entries"
+    );
     sim.push_fault(
         Endpoint::License,
         Fault::ok_body(r#"{"success":"false","data":{"expiry":null}}"#),

@@ -97,6 +97,18 @@ async fn tls_with_basic_auth_and_headers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // The scheme is case-insensitive.
+    for scheme in ["BASIC", "basic"] {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode("prometheus:s3cret pass");
+        let r = client
+            .get(&url)
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{scheme}");
+    }
     for _ in 0..3 {
         let r = client
             .get(&url)
@@ -192,6 +204,22 @@ fn bad_web_configs_are_rejected_with_a_location() {
             "http_server_config:\n  headers:\n    Content-Type: text/html\n",
             "set by the exporter itself",
         ),
+        (
+            "http_server_config:\n  headers:\n    Content-Encoding: gzip\n",
+            "set by the exporter itself",
+        ),
+        (
+            "basic_auth_users:\n  'a:b': '$2b$04$abcdefghijklmnopqrstuOabcdefghijklmnopqrstuvwxyz01234'\n",
+            "has no ':'",
+        ),
+        (
+            "basic_auth_users:\n  alice: '$2x$04$abcdefghijklmnopqrstuOabcdefghijklmnopqrstuvwxyz01234'\n",
+            "not a bcrypt hash",
+        ),
+        (
+            "basic_auth_users: '$2b$04$abcdefghijklmnopqrstuOabcdefghijklmnopqrstuvwxyz01234'\n",
+            "invalid type: a string, expected a map",
+        ),
     ];
     for (yaml, want) in cases {
         let path = write(dir.path(), yaml);
@@ -201,6 +229,11 @@ fn bad_web_configs_are_rejected_with_a_location() {
         };
         let text = err.to_string();
         assert!(text.contains(want), "{text}");
+        assert!(
+            !text.contains("abcdefghijklmnopqrstu"),
+            "a hash in the message: {text}"
+        );
+        assert!(!text.contains("Raw"), "an internal type name: {text}");
         assert!(err.location.is_some(), "no line: {text}");
     }
     // The binary exits 2 on it.
@@ -215,4 +248,21 @@ fn bad_web_configs_are_rejected_with_a_location() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_costly_hash_does_not_slow_loading() {
+    // Cost 31 would take days to verify; loading only checks the shape.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "basic_auth_users:\n  alice: '$2b$31$abcdefghijklmnopqrstuOabcdefghijklmnopqrstuvwxyz01234'\n",
+    );
+    let started = std::time::Instant::now();
+    let web = WebConfig::load(&path).unwrap();
+    assert!(web.requires_auth());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "loading verified the hash"
+    );
 }

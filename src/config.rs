@@ -159,14 +159,36 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Reads a YAML file (`what`: "config", "web config").
+pub(crate) fn read_source(path: &Path, what: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        location: None,
+        message: format!("cannot read {what} file: {e}"),
+    })
+}
+
+/// An error about the value at `path` in `source`. A defaulted field (a licence without
+/// `name`) is not in the file: the location is that of the nearest enclosing value.
+pub(crate) fn error_at(
+    file: &Path,
+    source: &str,
+    path: &[Segment],
+    message: impl fmt::Display,
+) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        location: (0..=path.len())
+            .rev()
+            .find_map(|n| locate(source, &path[..n])),
+        message: format!("{}: {message}", display_path(path)),
+    }
+}
+
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            location: None,
-            message: format!("cannot read config file: {e}"),
-        })?;
+        let source = read_source(path, "config")?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
         Config::parse(&source, path, base_dir, &|name| std::env::var(name).ok())
     }
@@ -485,16 +507,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error(&self, path: &[Segment], message: impl fmt::Display) -> ConfigError {
-        // A defaulted field (a licence without `name`) is not in the file: point at the
-        // nearest enclosing value that is.
-        let location = (0..=path.len())
-            .rev()
-            .find_map(|n| locate(self.source, &path[..n]));
-        ConfigError {
-            file: self.file.to_path_buf(),
-            location,
-            message: format!("{}: {message}", display_path(path)),
-        }
+        error_at(self.file, self.source, path, message)
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {

@@ -16,7 +16,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use tokio_rustls::rustls;
 
-use crate::config::{ConfigError, Segment, locate};
+use crate::config::{ConfigError, Segment, error_at, read_source};
 
 /// The web configuration in force (empty: plain HTTP, no auth).
 #[derive(Default)]
@@ -81,17 +81,9 @@ const RESERVED_HEADERS: [&str; 13] = [
 impl WebConfig {
     /// Reads and checks a web config file. Relative paths are relative to the file.
     pub fn load(path: &Path) -> Result<WebConfig, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            location: None,
-            message: format!("cannot read web config file: {e}"),
-        })?;
+        let source = read_source(path, "web config")?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let err = |at: &[Segment], message: String| ConfigError {
-            file: path.to_path_buf(),
-            location: (0..=at.len()).rev().find_map(|n| locate(&source, &at[..n])),
-            message: format!("{}: {message}", display(at)),
-        };
+        let err = |at: &[Segment], message: String| error_at(path, &source, at, message);
         if source.trim().is_empty() {
             return Ok(WebConfig::default());
         }
@@ -193,16 +185,6 @@ impl WebConfig {
         }
         ok
     }
-}
-
-fn display(path: &[Segment]) -> String {
-    path.iter()
-        .map(|s| match s {
-            Segment::Key(k) => (*k).to_string(),
-            Segment::Index(i) => format!("[{i}]"),
-        })
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 /// `$2a$`/`$2b$`/`$2y$`, a two-digit cost from 4 to 31, then 53 characters of

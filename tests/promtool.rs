@@ -4,14 +4,22 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+/// False (and says SKIPPED) where promtool is missing; in CI that is a failure.
+fn promtool_present() -> bool {
+    if Command::new("promtool").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install promtool (Debian package prometheus)"
+    );
+    eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus)");
+    false
+}
+
 #[test]
 fn promtool_check_metrics_is_clean() {
-    if Command::new("promtool").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install promtool (Debian package prometheus)"
-        );
-        eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus)");
+    if !promtool_present() {
         return;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_opswat-license-exporter"))
@@ -44,12 +52,7 @@ fn promtool_check_metrics_is_clean() {
 
 #[test]
 fn promtool_checks_and_unit_tests_the_alert_rules() {
-    if Command::new("promtool").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install promtool (Debian package prometheus)"
-        );
-        eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus)");
+    if !promtool_present() {
         return;
     }
     for args in [

@@ -173,6 +173,23 @@ impl Drop for SimPortal {
 impl SimPortal {
     /// Serves `config` on `listener` until dropped.
     pub fn start(listener: TcpListener, config: SimConfig) -> std::io::Result<SimPortal> {
+        SimPortal::start_with(listener, config, None)
+    }
+
+    /// Serves `config` over TLS (a portal behind a TLS-intercepting proxy, say).
+    pub fn start_tls(
+        listener: TcpListener,
+        config: SimConfig,
+        tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    ) -> std::io::Result<SimPortal> {
+        SimPortal::start_with(listener, config, Some(tokio_rustls::TlsAcceptor::from(tls)))
+    }
+
+    fn start_with(
+        listener: TcpListener,
+        config: SimConfig,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<SimPortal> {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             config,
@@ -185,12 +202,20 @@ impl SimPortal {
                     continue;
                 };
                 let st = Arc::clone(&st);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(Arc::clone(&st), req));
-                    let _ = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = http1::Builder::new().timer(TokioTimer::new()).clone();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });

@@ -51,13 +51,6 @@ pub struct RateLimit {
     pub per: Duration,
 }
 
-impl RateLimit {
-    /// The shortest average spacing between calls that the limit allows.
-    pub fn spacing(&self) -> Duration {
-        self.per / self.requests
-    }
-}
-
 impl fmt::Display for RateLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -65,15 +65,6 @@ pub trait RequestObserver: Send + Sync {
     fn dropped_field(&self, account: &str, field: &str);
 }
 
-/// An observer that ignores everything.
-pub struct NoObserver;
-
-impl RequestObserver for NoObserver {
-    fn request(&self, _: &str, _: Endpoint, _: &str, _: Duration) {}
-    fn invalid_answer(&self, _: &str, _: Endpoint, _: &str) {}
-    fn dropped_field(&self, _: &str, _: &str) {}
-}
-
 /// How a failure should be treated by the scheduler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retry {

@@ -152,11 +152,6 @@ impl AccountWorker {
         self.slots
     }
 
-    /// The refresh interval in use.
-    pub fn interval(&self) -> Duration {
-        self.interval
-    }
-
     fn pace(&self) -> Duration {
         self.interval / self.slots.len().max(1) as u32
     }

@@ -26,11 +26,6 @@ impl Secret {
         let tail: String = chars[chars.len().saturating_sub(4)..].iter().collect();
         format!("****{tail}")
     }
-
-    /// True when the secret is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl fmt::Debug for Secret {

@@ -197,11 +197,6 @@ impl Store {
         f(&self.inner.read().expect("store lock"))
     }
 
-    /// A copy of one licence's entry.
-    pub fn get(&self, id: &LicenseId) -> Option<LicenseEntry> {
-        self.read(|i| i.licenses.get(id).cloned())
-    }
-
     /// How many licences were polled to a conclusion, of how many.
     pub fn settled_count(&self) -> (usize, usize) {
         self.read(|i| {

@@ -72,14 +72,6 @@ fn write_config(dir: &Path, base_url: &str, n: usize, extra: &str) -> std::path:
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn version_and_usage_errors() {
     let out = run(&["--version"]);

@@ -2,10 +2,13 @@
 //! exporter running `--demo` on loopback and evaluates the alert rules; every PromQL
 //! expression of the Grafana dashboard is run through its HTTP API.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_opswat-license-exporter");
@@ -17,14 +20,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn http_get(port: u16, path_and_query: &str) -> Option<(u16, String)> {

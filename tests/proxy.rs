@@ -146,8 +146,7 @@ fn once(config: &std::path::Path, env: &[(&str, &str)]) -> Output {
 }
 
 fn dead_proxy() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
+    format!("http://127.0.0.1:{}", free_port())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

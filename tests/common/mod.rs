@@ -154,6 +154,15 @@ pub async fn run_for(rig: &mut Rig, d: Duration) {
     }
 }
 
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub async fn sim(config: SimConfig) -> SimPortal {
     SimPortal::bind(config).await.unwrap()
 }
